@@ -1941,7 +1941,10 @@ def micro_batch_seconds(plan: Plan) -> float:
     (a shard of them where ZeRO or FSDP shards them) at its memory's bandwidth. 0 on CPU."""
     if not plan.tier:
         return 0.0
-    shards = plan.world_size if plan.strategy in (*DEEPSPEED_STRATEGIES, "fsdp") else 1
+    # FSDP2 under accumulation keeps each rank's gradients unsharded until the last micro-batch (accelerate's no_sync:
+    # set_requires_gradient_sync(False); module docstring: accumulated_grads), so its ranks add whole ones
+    unsharded = plan.strategy == "fsdp" and plan.gradient_accumulation_steps > 1
+    shards = plan.world_size if plan.strategy in (*DEEPSPEED_STRATEGIES, "fsdp") and not unsharded else 1
     bandwidth = gpu_table.TIERS[plan.tier].memory_tbps * 1e12
     return plan.trainable_params_b * 1e9 / shards * MICRO_BATCH_BYTES / bandwidth
 

@@ -975,7 +975,7 @@ def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
             {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes " * 60}]},  # 10
             "",  # 11 (blank lines are skipped)
             {"messages": [{"role": "user"}]},  # 12
-            {"messages": [{"role": "function", "content": "42"}, {"role": "assistant", "content": "ok"}]},  # 13
+            {"messages": [{"role": "bot", "content": "42"}, {"role": "assistant", "content": "ok"}]},  # 13
         ],
     )
     report = check_data(path, tiny_tokenizer, 32)
@@ -988,7 +988,7 @@ def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
         "bad.jsonl line 7: invalid JSON",
         "bad.jsonl line 8: not a conversation: 'messages' is a string",
         "bad.jsonl line 12: not a conversation: turn 1 must be an object with 'role' and 'content'",
-        "bad.jsonl line 13: unknown role 'function' in turn 1: use one of assistant, developer, system, tool, user",
+        "bad.jsonl line 13: unknown role 'bot' in turn 1: use one of assistant, developer, system, tool, user",
         "bad.jsonl line 9: every label is masked after truncation to 32 tokens",
     ]
     assert len(report.errors) == len(expected_errors), report.render()
@@ -1193,10 +1193,12 @@ def test_rows_a_rename_away_from_a_format_say_the_rename(tmp_path, tiny_tokenize
         "not a conversation: turn 1 must be an object with 'from' and 'value' (it has 'content': rename it 'value')"
     )
     assert problem({"messages": [{"role": "user", "value": "Q"}]}).endswith("(it has 'value': rename it 'content')")
-    function = [{"role": "user", "content": "Q"}, {"role": "function", "content": "r"}]
-    assert problem({"messages": function}).endswith(
-        "('function' is OpenAI's older name of a tool result: make it 'tool')"
-    )
+    function = [
+        {"role": "user", "content": "Q"},
+        {"role": "function", "content": "r"},
+        {"role": "assistant", "content": "A"},
+    ]
+    assert to_row("a.jsonl line 1", {"messages": function}).messages[1]["role"] == "tool"  # function_call's answer
     assert problem({"data": [{"text": "a"}, {"text": "b"}]}) == (
         "not a conversation: keys 'data'; 'data' holds the rows: give them as the file's top level, a JSON list of "
         "rows or JSON Lines, one row a line (as datasets' field= reads them)"

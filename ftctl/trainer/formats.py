@@ -92,7 +92,8 @@ SHAREGPT_ROLES = {
 OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 # read in either format, not offered in an unknown role's list: Gemma's and Gemini's name for the assistant (Gemma's
 # chat template writes the assistant's turns as model's)
-MORE_ROLES = {"model": "assistant", "ipython": "tool"}  # Gemma's answers, Llama 3.1's tool results
+# Gemma's answers, Llama 3.1's tool results, OpenAI's older function results (function_call's answers)
+MORE_ROLES = {"model": "assistant", "ipython": "tool", "function": "tool"}
 # what an OpenAI-style turn carries beside role and content, for the chat template (tool use)
 TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
 # an assistant turn's reasoning beside its content, as chat templates read it: reasoning_content (Qwen3's, DeepSeek's,
@@ -1486,8 +1487,6 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
         mapped = roles.get(role.lower(), MORE_ROLES.get(role.lower())) if isinstance(role, str) else None
         if mapped is None:
             hint = did_you_mean(str(role), roles).strip()  # the problems of a row are joined with "; "
-            if str(role).lower() == "function":  # OpenAI's older tool result (function_call's answer)
-                hint = "'function' is OpenAI's older name of a tool result: make it 'tool'"
             row.problems.append(
                 f"unknown role {role!r} in turn {n}: use one of {', '.join(sorted(roles))}"
                 + (f" ({hint[0].lower()}{hint[1:]})" if hint else "")
