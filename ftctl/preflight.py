@@ -504,11 +504,17 @@ def hub_namespaced(value: str) -> str | None:
 
 
 def _near_model(value: str, flag: str) -> str:
-    """'did you mean FLAG DIR?' for a model directory spelled nearly as one here; '' where none is."""
+    """'did you mean FLAG DIR?' for a model directory spelled nearly as one here (for RUN and the adapter's base, which
+    no flag gives: 'did you mean DIR?' and how to give it); '' where none is."""
     from ftctl.spec import near_file
 
     near = near_file(value, lambda p: (p / "config.json").is_file() or (p / ADAPTER_CONFIG).is_file())
-    return f"did you mean {flag} {shlex.quote(near)}?" if near else ""
+    if not near:
+        return ""
+    if flag.startswith("-"):
+        return f"did you mean {flag} {shlex.quote(near)}?"
+    # RUN, the adapter's base: no flag to put before it ("did you mean the adapter's base llama?" named none)
+    return f"did you mean {shlex.quote(near)}? {_MODEL_FIX.get(flag, '')}".rstrip()
 
 
 def _model_file(value: str, path: Path, flag: str, fix: str) -> Finding:

@@ -1296,6 +1296,8 @@ def build_dataset(
             )
             if report.errors:
                 raise FtctlError(report.error_message())
+            for line in report.warnings if echo else ():  # what `ftctl data check` warns of, said by the run too: a
+                echo(f"warning: {path}: {line}")  # template whose turns end in no special token never stops (explore69)
         except BaseException:
             if spill:
                 import shutil
